@@ -7,6 +7,8 @@ A fault fires at a named place and does something real there:
     TENFOLD_INFER_FAULT="at=score,mode=slow,seconds=15"                       # a handler slower than the deadline
     TENFOLD_INFER_FAULT="at=publish,mode=raise,after=3,ready=/tmp/t/r.json"   # a task failing halfway
 
+``request=ID`` fires only while handling request ``ID`` (a worker that dies on one request, every delivery of
+it); ``trail=FILE`` appends a line (the pid, and what it was handling) to FILE each time the fault fires;
 ``after=N`` lets N passes go by first; ``settle=S`` waits S seconds before it fires (so what the earlier passes
 handed to a client that batches, the Pub/Sub publisher, has left the process when a kill lands). With ``ready``, the fault fires once: it writes the file (the pid
 and what it was handling) and does not fire again while the file exists, so the restarted worker or the
@@ -48,7 +50,7 @@ def fire(at: str, what: str = "") -> None:
     if not spec:
         return
     opts = dict(item.split("=", 1) for item in spec.split(",") if "=" in item)
-    if opts.get("at") != at:
+    if opts.get("at") != at or opts.get("request", what) != what:
         return
     mode = opts.get("mode", "raise")
     if at not in PLACES or mode not in MODES:
@@ -64,6 +66,11 @@ def fire(at: str, what: str = "") -> None:
             tmp = ready.with_name(ready.name + ".tmp")
             tmp.write_text(json.dumps({"pid": os.getpid(), "at": at, "what": what}))
             tmp.replace(ready)
+        if opts.get("trail"):
+            with open(opts["trail"], "a") as trail:  # one line a firing, on disk before it fires
+                trail.write(json.dumps({"pid": os.getpid(), "at": at, "what": what}) + "\n")
+                trail.flush()
+                os.fsync(trail.fileno())
     if opts.get("settle"):
         time.sleep(float(opts["settle"]))
     if mode == "kill":

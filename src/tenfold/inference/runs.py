@@ -5,7 +5,8 @@ The steps ``batch_inference`` calls (each idempotent, so a retried task repeats 
 * :func:`partition_rows`: the features partition's key and feature columns, in the contract's key order
   (so the batches, and their request ids, are the same on every run of the same data);
 * :func:`publish_requests`: every batch as one message with its deterministic request id. A retried
-  publish sends the same request ids again; the workers write each result once, so nothing doubles;
+  publish sends the same request ids again, but those whose result exists already; the workers write each result
+  once, so nothing doubles;
 * :func:`wait_accounted`: waits until every request id is *scored* (its result exists) or *dead-lettered*
   (Pub/Sub moved it to the dead-letter topic after ``max_delivery_attempts``), logging progress. Dead
   letters are pulled from the dead-letter subscription and recorded durably in the run's folder before
@@ -38,7 +39,7 @@ from tenfold.inference.requests import (
     record_id,
     request_id,
 )
-from tenfold.inference.store import UNKNOWN_RUN, RunStore, message_store, work_objects
+from tenfold.inference.store import STARTED, UNKNOWN_RUN, RunStore, died_during, message_store, work_objects
 from tenfold.outages import is_store_outage
 
 if TYPE_CHECKING:
@@ -90,9 +91,10 @@ def expected_ids(run_key: str, partition: str, requests: int) -> list[str]:
 
 @dataclass(frozen=True)
 class PublishReport:
-    requests: int
+    requests: int  # the run's requests, those not sent again (already_scored) included
     rows: int
     seconds: float
+    already_scored: int = 0  # requests of a run published before whose result exists: not sent again
 
 
 def publish_requests(settings: Settings, run_key: str, partition: str, model_version: str, rows: pa.Table, *,
@@ -120,7 +122,7 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
         _check_size(settings, topic, first, first.encode(inf.request_compression), per_message)
     client = publisher or publisher_client(settings)
     futures = []
-    count = 0
+    count = skipped = 0
     # A run published again (its task retried, its DAG run cleared) re-sends requests that were dead-lettered:
     # they are in flight again, not accounted for, until they are scored or dead-lettered anew. Dead letters still
     # waiting on their subscription (dead-lettered while an earlier try of this task failed, nothing draining) are
@@ -133,13 +135,21 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
     # are drained by their runs' waits and `tenfold dlq`.
     drain_dead_letters(settings, objects=objects, held=store.published_before())
     started = time.monotonic()  # the publish itself, not the drain
-    resent = resend_dead_letters(store, expected_ids(run_key, partition, batch_count(rows.num_rows, per_message)),
-                                 by="publish")
+    # A request whose result exists is not sent again: a worker would only acknowledge it, but a run published again
+    # with thousands of them scored filled the subscription with duplicates (in the cloud, the backlog the instance
+    # group scales on). Listed once: a result written after it makes its request a duplicate, as before, never lost.
+    scored = set(store.result_ids())
+    resent = resend_dead_letters(store, [i for i in expected_ids(run_key, partition,
+                                                                 batch_count(rows.num_rows, per_message))
+                                         if i not in scored], by="publish")
     store.mark_publishing()  # before anything is sent: a retry of this publish holds its drain
     if resent:
         log.info("run %s: %d dead-lettered request(s) sent again with the run's requests", run_key, len(resent))
     try:
         for request in batches():
+            if request.request_id in scored:
+                skipped += 1
+                continue
             faults.fire("publish", request.request_id)
             body = request.encode(inf.request_compression)
             attributes = request.attributes()
@@ -159,8 +169,12 @@ def publish_requests(settings: Settings, run_key: str, partition: str, model_ver
     finally:
         if publisher is None:
             client.stop()
-    assert count == batch_count(rows.num_rows, per_message)
-    return PublishReport(requests=count, rows=rows.num_rows, seconds=time.monotonic() - started)
+    assert count + skipped == batch_count(rows.num_rows, per_message)
+    if skipped:
+        log.info("run %s: %d of its %d requests are scored already (published before): not sent again", run_key,
+                 skipped, count + skipped)
+    return PublishReport(requests=count + skipped, rows=rows.num_rows, seconds=time.monotonic() - started,
+                         already_scored=skipped)
 
 
 def _check_size(settings: Settings, topic: str, request: ScoringRequest, body: bytes, per_message: int, *,
@@ -301,13 +315,18 @@ def _record_dead_letter(store: RunStore, rid: str, msg: Any, attrs: dict[str, st
         return False
     # Attributes are whatever the publisher set: a dead letter is often one *because* they are wrong.
     attempts = max(_whole(attrs.get(DEAD_LETTER_COUNT)) or 0, _whole(error.get("delivery_attempt")) or 0)
+    reason = error.get("error")
+    if isinstance(mark := error.get(STARTED), dict):  # its last delivery started and never said how it ended: the
+        # worker died there (killed, out of memory?), and nothing else could have recorded why
+        reason = died_during(mark, store.run, rid) + (f"; the error recorded before it: {reason}" if reason else "")
+        attempts = max(attempts, _whole(mark.get("delivery_attempt")) or 0)
     store.put_dead_letter(rid, {
         "request_id": rid, "run": store.run, "partition": attrs.get(PARTITION),
         "model_version": attrs.get(MODEL_VERSION), "rows": _whole(attrs.get(ROWS)),
         "message_id": msg.message_id, "attributes": attrs,
         "data_base64": base64.b64encode(bytes(msg.data)).decode(),
         "delivery_attempts": attempts, "max_delivery_attempts": max_delivery_attempts,
-        "error": error.get("error"), "dead_lettered_at": time.time(),
+        "error": reason, "dead_lettered_at": time.time(),
         "times_dead_lettered": (_whole(before.get("times_dead_lettered")) or 0) + 1,
         "replays": before.get("replays", []), "replayed": False, **extra,
     })
@@ -341,19 +360,42 @@ def _whole(value: Any) -> int | None:
         return None
 
 
-def account(store: RunStore, ids: Iterable[str]) -> Accounting:
+# What account() read of each dead letter: its record's stamp (RunStore.dead_letter_stamps) and whether it was
+# marked replayed then.
+DeadLetterStates = dict[str, tuple[Any, bool]]
+
+
+def account(store: RunStore, ids: Iterable[str], *, known: DeadLetterStates | None = None) -> Accounting:
     """Which of ``ids`` are scored, and which dead-lettered and not sent again since.
 
     A dead letter marked ``replayed`` (by ``tenfold dlq replay``, or by a new publication of the run's
     requests) is in flight again: it is accounted once it is scored, or once the copy sent last is dead-lettered
     (which records it afresh, unmarked); a copy sent before it, dead-lettered again, leaves it in flight.
+
+    ``known``: what earlier calls read (a wait passes the same dict to each of its polls). A dead-letter record holds
+    the whole request (its body): read on every poll, thousands of them were downloaded again every half second. One
+    whose stamp is unchanged since it was read is not read again; one replaced since (marked replayed, recorded afresh)
+    is.
     """
     wanted = list(ids)
     results = set(store.result_ids())
-    dead = set(store.dead_letter_ids())
+    stamps = store.dead_letter_stamps()
+    known = {} if known is None else known
     scored = tuple(i for i in wanted if i in results)
-    dl = tuple(i for i in wanted if i in dead and i not in results and not (store.dead_letter(i) or {}).get("replayed"))
+    dl = tuple(i for i in wanted if i in stamps and i not in results and not _replayed(store, i, stamps[i], known))
     return Accounting(requests=len(wanted), scored=scored, dead_lettered=dl)
+
+
+def _replayed(store: RunStore, rid: str, stamp: Any, known: DeadLetterStates) -> bool:
+    """Whether dead letter ``rid`` is marked replayed: as read before under the same ``stamp``, else read now."""
+    if stamp is not None and (seen := known.get(rid)) is not None and seen[0] == stamp:
+        return seen[1]
+    # Read after its stamp was listed: a record replaced in between is kept under the older stamp, and read again next
+    # time (its listing then shows the newer one); never the other way round.
+    replayed = bool((store.dead_letter(rid) or {}).get("replayed"))
+    if stamp is not None:
+        known[rid] = (stamp, replayed)
+    return replayed
 
 
 def mark_replayed(store: RunStore, rid: str, record: dict[str, Any], **how: Any) -> None:
@@ -408,6 +450,7 @@ def wait_accounted(settings: Settings, run_key: str, ids: list[str], *, alive: C
     started = last_log = time.monotonic()
     deadline = started + inf.wait_timeout_s
     drained = -DEAD_LETTER_POLL_S
+    known: DeadLetterStates = {}  # the dead letters read so far: each poll reads only those replaced since
     while True:
         if time.monotonic() - drained >= DEAD_LETTER_POLL_S:
             drained = time.monotonic()
@@ -418,7 +461,7 @@ def wait_accounted(settings: Settings, run_key: str, ids: list[str], *, alive: C
                 if not is_store_outage(exc):  # a Google service's outage, Pub/Sub's included, or the store's
                     raise
                 log.warning("could not drain the dead letters now (%s); trying again in %.0f s", exc, DEAD_LETTER_POLL_S)
-        acc = account(store, ids)
+        acc = account(store, ids, known=known)
         now = time.monotonic()
         if acc.accounted >= acc.requests:
             say(f"all {acc.requests} requests accounted for in {now - started:.1f} s: {len(acc.scored)} scored, "
@@ -438,7 +481,7 @@ def wait_accounted(settings: Settings, run_key: str, ids: list[str], *, alive: C
                 "instance group in the cloud)? Retry the task to keep waiting; nothing is published twice. If the "
                 "Pub/Sub emulator was restarted since the requests were published (it keeps messages in memory only), "
                 "they are gone: clear this run's publish task with its downstream tasks (score, publish_results): it "
-                "sends the same request ids again (results already written are kept)")
+                "sends again the request ids not yet scored (results already written are kept)")
         time.sleep(inf.poll_interval_s)
 
 

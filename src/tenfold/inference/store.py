@@ -3,7 +3,8 @@
 ::
 
     <run>/results/<request id>.parquet     the scored rows of one request: written once, never replaced
-    <run>/errors/<request id>.json          why a request could not be scored, with each delivery attempt
+    <run>/errors/<request id>.json          why a request could not be scored, with each delivery attempt (and
+                                            which redelivery started last, in which process: see STARTED)
     <run>/dead_letters/<request id>.json    a dead-lettered request (body, attributes, attempts, error, replays)
 
 A result is written *create-if-absent*: on ``gs://`` an upload with ``if_generation_match=0`` (GCS refuses it
@@ -17,8 +18,10 @@ whole (a rename, or one object write).
 from __future__ import annotations
 
 import contextlib
+import os
 import posixpath
-from collections.abc import Mapping
+import time
+from collections.abc import Hashable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from tenfold.inference.requests import RECORD_NAME, RUN
@@ -33,6 +36,13 @@ DEAD_LETTERS = "dead_letters"
 PUBLISHING = "publishing.json"  # a publish of the run began (RunStore.mark_publishing)
 # Where a delivery whose ``run`` attribute names no usable folder is recorded (see :func:`message_store`).
 UNKNOWN_RUN = "unknown-run"
+# A file replaced less than this long ago has no trusted stamp (RunStore.dead_letter_stamps): a second write within
+# the same tick of the file system's clock may leave its times as they were.
+STAMP_SETTLE_S = 2.0
+# The key of a request's error record under which a redelivery notes that it started (which delivery, in which
+# process), before it scores: removed when that delivery records how it failed. One still there when the request is
+# dead-lettered, or when the next delivery starts, is a delivery that ended without a word: its worker died.
+STARTED = "started"
 
 
 class DamagedRecord(ValueError):
@@ -105,6 +115,43 @@ class RunStore:
     def dead_letter_ids(self) -> list[str]:
         return [n.removesuffix(".json") for n in self.objects.names(self._n(DEAD_LETTERS)) if n.endswith(".json")]
 
+    def dead_letter_stamps(self) -> dict[str, Hashable | None]:
+        """Each dead letter's id with a stamp that changes whenever its record is replaced, read from the folder's
+        listing alone, no record downloaded: a GCS object's generation, a file's inode, size and times. A record is
+        not written once: a replay marks it, a drain records it afresh; a reader that keeps what it read under its
+        stamp (:func:`tenfold.inference.runs.account`) reads it again only once it changed. None where no stamp can be
+        trusted (an ``Objects`` of another kind; a file replaced within the last :data:`STAMP_SETTLE_S`, whose times
+        may not have moved since the write before it): such a record is read each time."""
+        folder = self._n(DEAD_LETTERS)
+        if isinstance(self.objects, FileObjects):
+            stamps: dict[str, Hashable | None] = {}
+            settled = time.time_ns() - int(STAMP_SETTLE_S * 1e9)
+            try:
+                entries = list(os.scandir(self.objects.root / folder))
+            except FileNotFoundError:
+                return {}
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.name.endswith(".json"):
+                    continue
+                try:
+                    if not entry.is_file():
+                        continue
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue
+                # A put renames a new file over the old one: a new inode, whose number the old one's may be reused for;
+                # the times and size then tell the two apart, unless both writes fell in one tick of the file system's
+                # clock (hence None for a file this recent).
+                stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+                stamps[entry.name.removesuffix(".json")] = stamp if max(st.st_mtime_ns, st.st_ctime_ns) < settled else None
+            return stamps
+        if isinstance(self.objects, GcsObjects):
+            full = self.objects._name(folder).rstrip("/") + "/"
+            return {b.name[len(full):].removesuffix(".json"): (b.generation, b.metageneration)
+                    for b in self.objects.bucket.client.list_blobs(self.objects.bucket, prefix=full)
+                    if "/" not in b.name[len(full):] and b.name.endswith(".json")}
+        return dict.fromkeys(self.dead_letter_ids())
+
     def _record(self, kind: str, name: str) -> dict[str, Any] | None:
         """The JSON record ``name``; :class:`DamagedRecord`, naming where it is, when it is not one."""
         data = self.objects.get(name)
@@ -114,6 +161,20 @@ class RunStore:
             where = _where(self.objects, name)
             raise DamagedRecord(f"the {kind} record {where} is damaged and cannot be read ({type(exc).__name__}: "
                                 f"{exc}): restore it from a copy, or delete it, then run the command again") from exc
+
+
+def died_during(mark: Mapping[str, Any], run: str, rid: str) -> str:
+    """The reason a request's error record gives for a delivery that started (its :data:`STARTED` mark) and never
+    recorded how it ended: its worker died (a SIGKILL, most often the kernel's out-of-memory killer, or a crash in
+    native code), with what to do."""
+    where = f"pid {mark.get('pid')}" + (f" on {mark['host']}" if mark.get("host") else "")
+    return (f"the worker died during delivery {mark.get('delivery_attempt')} of this request ({where}) without "
+            "recording an error: it was likely killed (out of memory? look for the kernel's OOM killer in `dmesg` or "
+            "the instance's serial console, and at the end of that worker's log). A request that kills its worker on "
+            "every delivery needs more memory than a worker has: give the workers more memory (or fewer "
+            "inference.handler_threads), then `tenfold dlq replay --run "
+            f"{run} --request-id {rid}`; or lower inference.rows_per_message and trigger batch_inference for the month "
+            "again (a new plan cuts smaller requests)")
 
 
 def message_store(objects: Objects, attributes: Mapping[str, str]) -> RunStore:

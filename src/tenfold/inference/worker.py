@@ -19,7 +19,10 @@ says why these are unary pulls and not a streaming pull). For each message (one 
    finds the result;
 3. a message that cannot be decoded or scored is recorded in the run's ``errors/`` (keyed by request id,
    with each delivery attempt) and nacked, never acked: after the subscription's
-   ``max_delivery_attempts`` Pub/Sub moves it to the dead-letter topic (``tenfold dlq inspect``).
+   ``max_delivery_attempts`` Pub/Sub moves it to the dead-letter topic (``tenfold dlq inspect``);
+4. a redelivery first notes in that record that it starts, in which process (:meth:`Worker._mark_started`): a
+   delivery that kills its worker (out of memory) records nothing itself, and the note left behind is what its
+   dead letter gives as the reason.
 
 Imports are deferred so ``--help`` answers at once and the module loads cheaply.
 """
@@ -101,9 +104,12 @@ class Worker:
                 self._count(duplicates=1)
                 message.ack()
                 return
+            if attempt >= 2:  # a redelivery: the delivery before it may have died with its worker, and so may this one
+                self._mark_started(store, rid, message, attempt)
             try:
                 request = decode(message.data, attrs)
                 if faults.stub_scoring():
+                    faults.fire("score", rid)
                     result = _stub_scores(request.rows, request.model_version)
                 else:
                     model = self._model(request.model_version, rid)
@@ -172,6 +178,28 @@ class Worker:
             log.warning("request %s: the nack failed (%s: %s); it is redelivered once its lease ends", rid,
                         type(nack_exc).__name__, nack_exc)
 
+    def _mark_started(self, store: Any, rid: str, message: Any, attempt: int) -> None:
+        """Note in the request's error record that this redelivery starts, in this process, before anything is scored:
+        a delivery that kills its worker (the out-of-memory killer's SIGKILL, a crash in native code) records
+        nothing, and its dead letter said "(none recorded)". The note is taken back when this delivery records an
+        error (:meth:`_record`); one left is a delivery that died (:func:`~tenfold.inference.store.died_during`),
+        what the next delivery adds to the attempts, or the dead letter gives as its reason. First deliveries are not
+        noted (most requests never need it; a dead letter's last delivery is a redelivery). Best effort: a store
+        that cannot take it leaves the request to be scored all the same."""
+        import socket
+
+        from tenfold.inference.store import STARTED
+
+        try:
+            record = store.error(rid) or {"request_id": rid, "run": store.run, "attempts": []}
+            _settle_started(record, store.run, rid, message.message_id, attempt)
+            record[STARTED] = {"delivery_attempt": attempt, "message_id": message.message_id, "pid": os.getpid(),
+                               "host": socket.gethostname(), "at": time.time()}
+            store.put_error(rid, record)
+        except Exception as exc:
+            log.warning("request %s: could not note that delivery %d starts (%s: %s); scoring it all the same", rid,
+                        attempt, type(exc).__name__, exc)
+
     def _record(self, store: Any, rid: str, message: Any, attempt: int, exc: Exception) -> None:
         """Add this delivery's error to the request's record in the run's ``errors/`` (best effort)."""
         from google.api_core.exceptions import GoogleAPIError
@@ -179,6 +207,7 @@ class Worker:
         sub = self.subscription
         try:
             record = store.error(rid) or {"request_id": rid, "run": store.run, "attempts": []}
+            _settle_started(record, store.run, rid, message.message_id, attempt)
             if isinstance(exc, GoogleAPIError) and any(
                     isinstance(a, dict) and a.get("message_id") == message.message_id
                     and a.get("delivery_attempt") == attempt for a in record.get("attempts", [])):
@@ -422,6 +451,31 @@ def preload(worker: Worker, ref: str) -> None:
         log.warning("could not preload model %s (requests naming it are refused until it loads): %s", ref, reason)
         return
     log.info("model %s loaded in %.1f s", version, time.monotonic() - started)
+
+
+def _settle_started(record: dict[str, Any], run: str, rid: str, message_id: str, attempt: int) -> None:
+    """Take the :data:`~tenfold.inference.store.STARTED` mark out of ``record`` as delivery ``attempt`` of message
+    ``message_id`` records how it went: its own mark goes (this delivery says how it ended); another delivery's mark
+    is a delivery that ended without a word, its worker dead, and becomes one of the attempts with that reason (and
+    the record's error, the latest). A later delivery of the same message (one redelivered while this one still ran,
+    its lease lost) keeps its mark."""
+    from tenfold.inference.store import STARTED, died_during
+
+    mark = record.get(STARTED)
+    if not isinstance(mark, dict):
+        record.pop(STARTED, None)
+        return
+    n = mark.get("delivery_attempt")
+    if mark.get("message_id") == message_id and isinstance(n, int) and n > attempt:
+        return
+    del record[STARTED]
+    if mark.get("message_id") == message_id and n == attempt:
+        return
+    reason = died_during(mark, run, rid)
+    record["attempts"] = [*record.get("attempts", []),
+                          {"delivery_attempt": n, "message_id": mark.get("message_id"), "pid": mark.get("pid"),
+                           "host": mark.get("host"), "error": reason, "at": mark.get("at"), "died": True}]
+    record.update(error=reason, delivery_attempt=n)
 
 
 def _stub_scores(rows: Any, version: str) -> Any:

@@ -121,3 +121,42 @@ def test_only_a_run_published_before_holds_the_dead_letter_drain_of_its_publish(
     firsts.clear()  # the same run published again (its task retried): dead letters of it may wait, held for
     publish_requests(own_topology, "run-new", "2013-07", "v1", rows, rows_per_message=2)
     assert firsts == [True], firsts
+
+
+def test_a_run_published_again_sends_only_what_has_no_result(own_topology: Settings) -> None:
+    """A retried or cleared publish sent every request again, those scored included: each a duplicate a worker only
+    acknowledges, but thousands of them on the subscription (the backlog the cloud's instance group scales on). The
+    requests subscription (no worker pulls it) holds a copy of whatever is sent; a last run's single request, sent
+    after the republish returned, shows the pulls reached past anything it sent."""
+    import pyarrow as pa
+
+    rows = pa.table({"k": [1, 2, 3, 4, 5, 6]})
+    ids = [request_id("run-done", "2013-07", i) for i in range(3)]
+    assert publish_requests(own_topology, "run-done", "2013-07", "v1", rows, rows_per_message=2).requests == 3
+    assert sorted(a["request_id"] for a in _pull_all(own_topology, expect=3)) == ids
+    store = RunStore(work_objects(own_topology), "run-done")
+    for rid in ids:  # every request scored: the run is complete
+        assert store.put_result(rid, b"scored")
+
+    report = publish_requests(own_topology, "run-done", "2013-07", "v1", rows, rows_per_message=2)
+    sentinel = request_id("run-sentinel", "2013-07", 0)
+    publish_requests(own_topology, "run-sentinel", "2013-07", "v1", rows.slice(0, 1), rows_per_message=2)
+    pulled = _pull_all(own_topology, expect=1) + _pull_all(own_topology)
+    assert [a["request_id"] for a in pulled] == [sentinel], "a request with its result was sent again"
+    assert (report.requests, report.already_scored) == (3, 3)  # the run's requests, all counted, none sent
+
+    # One request dead-lettered and one never scored (the rest scored): only those two are sent again, the dead
+    # letter's copy carrying its replay number.
+    rows = pa.table({"k": list(range(8))})
+    ids = [request_id("run-part", "2013-07", i) for i in range(4)]
+    store = RunStore(work_objects(own_topology), "run-part")
+    publish_requests(own_topology, "run-part", "2013-07", "v1", rows, rows_per_message=2)
+    assert len(_pull_all(own_topology, expect=4)) == 4
+    store.put_result(ids[0], b"scored")
+    store.put_result(ids[2], b"scored")
+    store.put_dead_letter(ids[1], {"request_id": ids[1], "run": "run-part", "replays": [], "replayed": False})
+    report = publish_requests(own_topology, "run-part", "2013-07", "v1", rows, rows_per_message=2)
+    pulled = _pull_all(own_topology, expect=2)
+    assert {a["request_id"]: a.get(REPLAY) for a in pulled} == {ids[1]: "1", ids[3]: None}
+    assert (report.requests, report.already_scored) == (4, 2)
+    assert account(store, ids).dead_lettered == ()  # the dead letter is in flight again

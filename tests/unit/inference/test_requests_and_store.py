@@ -519,3 +519,81 @@ def test_a_result_another_writer_linked_is_made_durable_before_it_is_reported(
         assert objects.exists("run/results/r.parquet") is True
     assert results in synced, synced
     assert (results / "r.parquet").read_bytes() == b"first"
+
+
+class _CountingObjects(FileObjects):
+    """Files, counting the dead-letter records read (each holds a whole request's body)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.dead_letters_read: list[str] = []
+
+    def get(self, name: str) -> bytes | None:
+        if "/dead_letters/" in name:
+            self.dead_letters_read.append(name.rsplit("/", 1)[1].removesuffix(".json"))
+        return super().get(name)
+
+
+def test_accounting_reads_a_dead_letter_again_only_once_its_record_changed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every poll of a run's wait read every dead-letter record (the request's body in base64 in each): thousands of
+    dead letters were downloaded again every half second. A record is not written once (a replay marks it, a drain
+    records it afresh): one replaced since it was read is read again, and its replay counted."""
+    from tenfold.inference import store as store_mod
+    from tenfold.inference.runs import account, mark_replayed
+
+    objects = _CountingObjects(tmp_path)
+    store = RunStore(objects, "run")
+    for rid in ("b", "c"):
+        store.put_dead_letter(rid, {"request_id": rid, "replayed": False, "replays": [], "data_base64": "QUJD" * 1000})
+    # Just written, the records' times may not move on a second write within the file system's clock tick: read
+    # every time until they settle.
+    assert account(store, ["a", "b", "c"], known=(fresh := {})).dead_lettered == ("b", "c")
+    assert account(store, ["a", "b", "c"], known=fresh).dead_lettered == ("b", "c")
+    assert objects.dead_letters_read == ["b", "c", "b", "c"]
+
+    monkeypatch.setattr(store_mod, "STAMP_SETTLE_S", -1.0)  # as if written well before (their times are what they are)
+    objects.dead_letters_read.clear()
+    known: dict[str, Any] = {}
+    assert account(store, ["a", "b", "c"], known=known).dead_lettered == ("b", "c")
+    assert sorted(objects.dead_letters_read) == ["b", "c"]
+    objects.dead_letters_read.clear()
+    assert account(store, ["a", "b", "c"], known=known).dead_lettered == ("b", "c")
+    assert objects.dead_letters_read == [], "the second accounting read dead-letter records again"
+
+    # `tenfold dlq replay` (or a run published again) marks b sent again: read again, and in flight.
+    mark_replayed(store, "b", store.dead_letter("b") or {}, by="replay", replay=1)
+    objects.dead_letters_read.clear()
+    assert account(store, ["a", "b", "c"], known=known).dead_lettered == ("c",)
+    assert objects.dead_letters_read == ["b"]
+    # b's new copy dead-lettered: recorded afresh (a drain's write): read again, dead again.
+    store.put_dead_letter("b", {"request_id": "b", "replayed": False, "replays": [], "data_base64": "QUJD" * 1000})
+    objects.dead_letters_read.clear()
+    assert account(store, ["a", "b", "c"], known=known).dead_lettered == ("b", "c")
+    assert objects.dead_letters_read == ["b"]
+
+
+def test_a_runs_wait_reads_each_dead_letter_once_across_its_polls(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tenfold.inference import runs
+    from tenfold.inference import store as store_mod
+
+    objects = _CountingObjects(Path(runs.work_objects(settings).root))  # type: ignore[attr-defined]
+    monkeypatch.setattr(runs, "work_objects", lambda settings: objects)
+    monkeypatch.setattr(runs, "drain_dead_letters", lambda settings, **kwargs: [])
+    monkeypatch.setattr(store_mod, "STAMP_SETTLE_S", -1.0)
+    settings = settings.model_copy(update={"inference": settings.inference.model_copy(update={"poll_interval_s": 0.01})})
+    store = RunStore(objects, "k1")
+    for rid in ("d1", "d2"):
+        store.put_dead_letter(rid, {"request_id": rid, "replayed": False, "replays": [], "data_base64": "QUJD"})
+    polls: list[int] = []
+
+    def alive() -> int:  # asked on each poll that finds a request pending: its result comes on the 5th
+        polls.append(1)
+        if len(polls) == 5:
+            store.put_result("a", b"scored")
+        return 1
+
+    acc = runs.wait_accounted(settings, "k1", ["a", "d1", "d2"], alive=alive)
+    assert (acc.scored, acc.dead_lettered) == (("a",), ("d1", "d2")) and len(polls) == 5
+    assert sorted(objects.dead_letters_read) == ["d1", "d2"], f"{len(objects.dead_letters_read)} reads over 6 polls"

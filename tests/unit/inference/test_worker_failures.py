@@ -556,3 +556,36 @@ def test_a_worker_with_invalid_settings_says_what_is_wrong_in_one_line(settings:
     else:
         assert str(path) in lines[0] and "Settings.inference: Field required" in lines[0], lines
         assert "TENFOLD_" not in lines[0], lines
+
+
+def test_a_redelivery_that_records_its_error_takes_back_its_note_and_a_note_left_is_a_death(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A redelivery notes that it starts (so a dead letter of a request that kills its worker names the crash); one
+    that then records its error takes the note back, and its error stays the reason. A note found by the next
+    delivery is a delivery that died: one of the attempts, with its pid."""
+    import os
+
+    from tenfold.inference.store import STARTED
+
+    w = Worker(settings)
+    monkeypatch.setattr(w.models, "get", lambda version: (_ for _ in ()).throw(
+        ScoringError("model version v1 cannot be loaded: its weights do not match meta.json")))
+    store = RunStore(w.objects, "r1")
+    noted: list[Any] = []
+    real_put = RunStore.put_error
+    monkeypatch.setattr(RunStore, "put_error", lambda self, rid, record: (noted.append(dict(record)),
+                                                                          real_put(self, rid, record))[1])
+    w.handle(Message(_request(), attempt=2))
+    assert noted[0][STARTED]["delivery_attempt"] == 2 and noted[0][STARTED]["pid"] == os.getpid()  # before scoring
+    error = store.error("r1-000000")
+    assert error is not None and STARTED not in error and "weights do not match" in error["error"]
+
+    # Delivery 3 started (in a worker that then died: its note is left), delivery 4 refuses it.
+    store.put_error("r1-000000", {**error, STARTED: {"delivery_attempt": 3, "message_id": "m-1", "pid": 4242,
+                                                     "host": "h", "at": 1.0}})
+    w.handle(Message(_request(), attempt=4))
+    error = store.error("r1-000000")
+    assert error is not None and STARTED not in error
+    assert [(a["delivery_attempt"], a.get("died", False)) for a in error["attempts"]] == [(2, False), (3, True), (4, False)]
+    assert "died during delivery 3 of this request (pid 4242 on h)" in error["attempts"][1]["error"]
+    assert "weights do not match" in error["error"] and error["delivery_attempt"] == 4
