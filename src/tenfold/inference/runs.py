@@ -316,8 +316,10 @@ def _record_dead_letter(store: RunStore, rid: str, msg: Any, attrs: dict[str, st
     # Attributes are whatever the publisher set: a dead letter is often one *because* they are wrong.
     attempts = max(_whole(attrs.get(DEAD_LETTER_COUNT)) or 0, _whole(error.get("delivery_attempt")) or 0)
     reason = error.get("error")
-    if isinstance(mark := error.get(STARTED), dict):  # its last delivery started and never said how it ended: the
-        # worker died there (killed, out of memory?), and nothing else could have recorded why
+    # Its last delivery started and never said how it ended: the worker died there (killed, out of memory?), and
+    # nothing else could have recorded why. Unless its result is written: that delivery scored it, and only its ack
+    # was lost or late (the note is not taken back on success), which is no death.
+    if isinstance(mark := error.get(STARTED), dict) and not store.has_result(rid):
         reason = died_during(mark, store.run, rid) + (f"; the error recorded before it: {reason}" if reason else "")
         attempts = max(attempts, _whole(mark.get("delivery_attempt")) or 0)
     store.put_dead_letter(rid, {

@@ -28,6 +28,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -371,8 +372,9 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
                                 "for the month if its scores should be this model's")
         if manifest.rows != r.rows or (s is not None and s.rows_written != r.rows):
             raise PipelineError(f"the Spark path scored {manifest.rows} rows of {r.month}, the partition holds {r.rows}: "
-                                "the invariant (count in = count out) does not hold; clear this month's publish_results task, or "
-                                f'trigger batch_inference with the run conf {{"month": "{r.month}"}}')
+                                "the invariant (count in = count out) does not hold; "
+                                + (f"run {_again(r)}" if command_line else "clear this month's publish_results task")
+                                + f', or trigger batch_inference with the run conf {{"month": "{r.month}"}}')
         return {"month": r.month, "path": "spark", "rows_in": r.rows, "rows_out": manifest.rows, "requests_dead_lettered": 0,
                 "model_version": r.model_version, "scores": lake.uri_of(lake.partition_path(table, r.partition))}
     contract = _contract(settings)
@@ -407,10 +409,12 @@ def publish_results(settings: Settings, run: InferenceRun | Mapping[str, Any],
             f"{len(acc.dead_lettered)} of {r.requests} requests of {r.month} ({figures['rows_dead_lettered']} rows) were "
             f"dead-lettered, above settings.inference.max_dead_lettered_fraction={limit:g}: nothing was published and "
             f"the scores partition keeps what it had. See why with `tenfold dlq inspect --run {r.run_key}`; once fixed, "
-            f"`tenfold dlq replay --run {r.run_key}` and "
-            + (f"run {_again(r)} (it waits for the replayed requests, then counts them)" if command_line else
-               f"clear this run's score_month.score task of {r.month} with its downstream tasks (score waits for the "
-               "replayed requests, publish_results counts them)")
+            # From the command line the run's own publish sends its dead letters again: a `dlq replay` before it sent
+            # each twice (twice the deliveries of a request that kills its worker).
+            + (f"run {_again(r)} (its publish sends the dead letters again, then it waits for them and counts them)"
+               if command_line else
+               f"`tenfold dlq replay --run {r.run_key}` and clear this run's score_month.score task of {r.month} with "
+               "its downstream tasks (score waits for the replayed requests, publish_results counts them)")
             + ", or raise the setting to publish the month without them")
     # Re-published since the plan (a cleared, late run): its scores are of a build no longer published, and would
     # replace those a later run made of the new one, with no event left to score the month again.
@@ -465,8 +469,17 @@ def run_all(settings: Settings, conf: Mapping[str, Any] | None = None, *, run_id
     """Every step in this process (what ``main`` and the demo call); returns :func:`publish_results`' figures."""
     rid = run_id or f"manual__{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%S.%f}"
     planned = plan(settings, rid, conf)
-    publish(settings, planned)
-    scored = score(settings, planned)
+    try:
+        publish(settings, planned)
+        scored = score(settings, planned)
+    except WaitIncomplete as exc:
+        # Its advice is a DAG run's (retry the task, clear publish): run as the same run again, which does both. The
+        # same command without --run-id made a new run, and every request was published and scored again.
+        raise PipelineError(f"{exc}. From the command line, either is: run {_again(planned)} (its publish sends the "
+                            "requests not yet scored again, and it waits for them; the results written are kept)") from exc
+    except KeyboardInterrupt:
+        print(f"interrupted: run {_again(planned)} to resume this run (the results written are kept)", file=sys.stderr)
+        raise
     return publish_results(settings, planned, scored, command_line=True)
 
 

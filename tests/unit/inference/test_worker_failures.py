@@ -589,3 +589,24 @@ def test_a_redelivery_that_records_its_error_takes_back_its_note_and_a_note_left
     assert [(a["delivery_attempt"], a.get("died", False)) for a in error["attempts"]] == [(2, False), (3, True), (4, False)]
     assert "died during delivery 3 of this request (pid 4242 on h)" in error["attempts"][1]["error"]
     assert "weights do not match" in error["error"] and error["delivery_attempt"] == 4
+
+
+def test_a_dead_letter_of_a_request_scored_by_its_last_delivery_is_no_death(settings: Settings) -> None:
+    """A redelivery's note is not taken back when it scores: a last delivery that wrote its result and whose ack was
+    lost (or came after its lease) is dead-lettered by Pub/Sub all the same, and its note read as "the worker died
+    ... out of memory?". Without the result, the note left is the death it says."""
+    from types import SimpleNamespace
+
+    from tenfold.inference.runs import _record_dead_letter
+    from tenfold.inference.store import STARTED
+
+    store = RunStore(Worker(settings).objects, "r1")
+    note = {STARTED: {"delivery_attempt": 5, "message_id": "m-1", "pid": 4242, "host": "h", "at": 1.0}}
+    msg = SimpleNamespace(message_id="m-1", data=b"{}")
+    for rid, scored in (("r1-000001", True), ("r1-000002", False)):
+        store.put_error(rid, {"request_id": rid, "run": "r1", "attempts": [], **note})
+        if scored:
+            store.put_result(rid, b"result")
+        assert _record_dead_letter(store, rid, msg, {}, 5)
+    assert not str((store.dead_letter("r1-000001") or {}).get("error")).startswith("the worker died")
+    assert str((store.dead_letter("r1-000002") or {}).get("error")).startswith("the worker died during delivery 5")

@@ -302,7 +302,8 @@ def test_a_command_line_run_refused_for_its_dead_letters_says_how_to_resume_it_u
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: `python -m tenfold.pipelines.batch_inference`: 1 of 5 requests of 2013-06 (10 rows) "
                           "were dead-lettered"), err
-    assert "score_month" not in err and f"`tenfold dlq replay --run {run.run_key}` and run `" in err, err
+    # Not `tenfold dlq replay` first: the run's own publish sends its dead letters again, and both sent each twice.
+    assert "score_month" not in err and "dlq replay" not in err and "; once fixed, run `" in err, err
     again = re.search(r"run `python -m tenfold\.pipelines\.batch_inference (.+?)` again", err)
     assert again is not None, err
     args = shlex.split(again.group(1))
@@ -321,6 +322,44 @@ def test_a_command_line_run_refused_for_its_dead_letters_says_how_to_resume_it_u
     assert pipeline.main(args) == 0
     assert planned[-1].run_key == run.run_key
     assert json.loads(capsys.readouterr().out)["rows_out"] == 50
+
+
+def test_a_command_line_run_whose_wait_ran_out_says_to_run_it_again_under_its_run_id(
+    make_settings: Callable[..., Settings], local_settings: Settings, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The wait's refusal (workers slow or gone) said to retry the task or clear the publish task: the same command
+    again, its natural reading from the command line, made a new run, and every request was published and scored
+    again. It now names the command with the run's id. (The wait itself is stood in for: it runs out at once.)"""
+    import shlex
+
+    import tenfold.config
+    import tenfold.inference.runs as runs
+    import tenfold.inference.scoring as scoring
+
+    s = make_settings(on=local_settings, inference={"rows_per_message": 10})
+    publish_synthetic_features(Lake.from_settings(s), [PART], 50)
+    monkeypatch.setattr(scoring, "resolve", lambda settings, ref: "v1")
+    monkeypatch.setattr(tenfold.config, "get_settings", lambda: s)
+    planned: list[pipeline.InferenceRun] = []
+    real_plan = pipeline.plan
+    monkeypatch.setattr(pipeline, "plan", lambda *args: planned.append(real_plan(*args)) or planned[-1])
+    monkeypatch.setattr(pipeline, "publish", lambda settings, run: pipeline.Published(run.requests, run.rows, 0.0))
+
+    def runs_out(*args: object, **kwargs: object) -> None:
+        raise runs.InferenceRunError("5 of 5 requests of run r were neither scored nor dead-lettered within 1 s: "
+                                     "Retry the task to keep waiting")
+
+    monkeypatch.setattr(runs, "wait_accounted", runs_out)
+    monkeypatch.setattr(s.__class__, "is_local", property(lambda self: False))  # no worker pool: the cloud's wait
+    assert pipeline.main(["--conf", f'{{"month": "{PART.label}"}}']) == 1
+    (run,) = planned
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    again = re.search(r"From the command line, either is: run `python -m tenfold\.pipelines\.batch_inference (.+?)` "
+                      r"again", err)
+    assert again is not None, err
+    args = shlex.split(again.group(1))
+    assert args[args.index("--run-id") + 1] == run.airflow_run_id, err
 
 
 def test_a_month_without_rows_publishes_an_empty_scores_partition(
