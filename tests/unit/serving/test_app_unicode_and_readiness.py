@@ -7,12 +7,8 @@ stub model, so the app runs in process with no lake, registry or Pub/Sub.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import sys
 import threading
-import time
-import types
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -20,15 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
+from workload_stubs import install_workload, until
 
-import tenfold.workloads as workloads
 from tenfold.local import local_settings
 from tenfold.serving.app import MODEL_FAILURES_OUT, create_app
 from tenfold.serving.auth import ensure_token
 from tenfold.serving.loading import ServedModel
-from tenfold.workloads.flights import FlightsWorkload
 
-WORKLOAD_MODULE = "tenfold_unit_freetext_workload"
 PREDICT = "/v1/predict"
 
 
@@ -39,18 +33,6 @@ class FreeTextRequest(BaseModel):
 
     note: str
     user_key: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class FreeTextWorkload(FlightsWorkload):
-    """The flights workload, but for its request (never assembled: the stub model scores without features)."""
-
-    name: str = "freetext"
-    batch_key: str = "requests"
-
-    @property
-    def request_model(self) -> type[BaseModel]:
-        return FreeTextRequest
 
 
 class StubModel(ServedModel):
@@ -73,26 +55,15 @@ class StubModel(ServedModel):
         return [0.25] * len(requests)
 
 
-def until(check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., tuple[TestClient, dict[str, str]]]]:
     """``serve(model, **server_env)`` -> a ready TestClient on ``create_app`` serving ``model`` for the free-text
     workload, and its Authorization header."""
-    module = types.ModuleType(WORKLOAD_MODULE)
-    module.WORKLOAD = FreeTextWorkload()  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, WORKLOAD_MODULE, module)
-    monkeypatch.setattr(workloads, "_LOADED", dict(workloads._LOADED))  # resolved for this test only
+    named = install_workload(monkeypatch, "freetext", FreeTextRequest)
     opened: list[TestClient] = []
 
     def make(model: StubModel, **server: str) -> tuple[TestClient, dict[str, str]]:
-        environ = {"TENFOLD_WORKLOAD": f"{WORKLOAD_MODULE}:WORKLOAD", "TENFOLD_SERVING__SERVER__PREDICTION_SAMPLE_RATE": "0",
+        environ = {**named, "TENFOLD_SERVING__SERVER__PREDICTION_SAMPLE_RATE": "0",
                    **{f"TENFOLD_SERVING__SERVER__{k.upper()}": v for k, v in server.items()}}
         settings = local_settings(tmp_path, environ=environ)
         token = ensure_token(settings)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sys
-import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,17 +21,15 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from pydantic import BaseModel, ConfigDict
+from workload_stubs import install_workload, until
 
-import tenfold.workloads as workloads
 from tenfold.local import local_settings
 from tenfold.model.preprocessing import Preprocessor
 from tenfold.serving.app import MODEL_FAILURES_OUT, create_app
 from tenfold.serving.auth import ensure_token
 from tenfold.serving.loading import AssemblyError, ServedModel
 from tenfold.workloads import FeatureContract
-from tenfold.workloads.flights import FlightsWorkload
 
-WORKLOAD_MODULE = "tenfold_unit_assembled_types_workload"
 PREDICT = "/v1/predict"
 
 CONTRACT = FeatureContract(key_columns=("event_id",), label="y", categorical_columns=("segment",),
@@ -50,18 +46,6 @@ class ReadingRequest(BaseModel):
     event_id: str
     x1: str
     user_key: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class ReadingWorkload(FlightsWorkload):
-    """The flights workload, but for its request (assembled by the stub features below, not the workload's)."""
-
-    name: str = "readings"
-    batch_key: str = "requests"
-
-    @property
-    def request_model(self) -> type[BaseModel]:
-        return ReadingRequest
 
 
 def _parsed(requests: list[Any]) -> pa.Table:
@@ -144,21 +128,10 @@ class Replica:
         return self.client.post(PREDICT, json=body, headers=self.auth)
 
 
-def until(check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Replica]:
-    module = types.ModuleType(WORKLOAD_MODULE)
-    module.WORKLOAD = ReadingWorkload()  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, WORKLOAD_MODULE, module)
-    monkeypatch.setattr(workloads, "_LOADED", dict(workloads._LOADED))  # resolved for this test only
-    settings = local_settings(tmp_path, environ={"TENFOLD_WORKLOAD": f"{WORKLOAD_MODULE}:WORKLOAD"})
+    named = install_workload(monkeypatch, "readings", ReadingRequest)
+    settings = local_settings(tmp_path, environ=named)
     features, folder = Features(), Folder()
     served = ServedModel(version="v3", loaded=folder, features=features,  # type: ignore[arg-type]
                          device=torch.device("cpu"))

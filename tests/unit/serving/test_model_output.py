@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
-import time
 import types
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +22,14 @@ import torch
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import BaseModel, ConfigDict
+from workload_stubs import install_workload, until
 
-import tenfold.workloads as workloads
 from tenfold.local import local_settings
 from tenfold.serving.app import MODEL_FAILURES_OUT, create_app
 from tenfold.serving.auth import ensure_token
 from tenfold.serving.cache import PredictionCache
 from tenfold.serving.loading import ModelOutputError, ServedModel
-from tenfold.workloads.flights import FlightsWorkload
 
-WORKLOAD_MODULE = "tenfold_unit_model_output_workload"
 PREDICT = "/v1/predict"
 
 
@@ -42,18 +38,6 @@ class NoteRequest(BaseModel):
 
     note: str
     user_key: str | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class NoteWorkload(FlightsWorkload):
-    """The flights workload, but for its request (assembled by the stub features below, not the workload's)."""
-
-    name: str = "notes"
-    batch_key: str = "requests"
-
-    @property
-    def request_model(self) -> type[BaseModel]:
-        return NoteRequest
 
 
 class Features:
@@ -107,14 +91,6 @@ class Replica:
         return self.client.post(PREDICT, json=body, headers=self.auth)
 
 
-def until(check: Callable[[], bool], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.02)
-
-
 def _metric(client: TestClient, name: str) -> float:
     text = client.get("/metrics").text
     values = [s.value for family in text_string_to_metric_families(text) for s in family.samples if s.name == name]
@@ -125,11 +101,8 @@ def _metric(client: TestClient, name: str) -> float:
 @pytest.fixture
 def replica(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Replica]:
     """A ready replica serving the real ServedModel over ``Folder``, sampling every prediction, with its own cache."""
-    module = types.ModuleType(WORKLOAD_MODULE)
-    module.WORKLOAD = NoteWorkload()  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, WORKLOAD_MODULE, module)
-    monkeypatch.setattr(workloads, "_LOADED", dict(workloads._LOADED))  # resolved for this test only
-    settings = local_settings(tmp_path, environ={"TENFOLD_WORKLOAD": f"{WORKLOAD_MODULE}:WORKLOAD",
+    named = install_workload(monkeypatch, "notes", NoteRequest)
+    settings = local_settings(tmp_path, environ={**named,
                                                  "TENFOLD_SERVING__SERVER__PREDICTION_SAMPLE_RATE": "1"})
     folder, cache, publisher = Folder(), PredictionCache(1000), Publisher()
     served = ServedModel(version="v9", loaded=folder, features=Features(),  # type: ignore[arg-type]
