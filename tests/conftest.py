@@ -68,9 +68,15 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Test files with a test that needs the platform (marked integration or slow) first, each file kept together:
     `make test` hands its workers whole files in this order, and the longest (the lifecycle, over ten minutes) came
-    late, running alone at the end while the other worker had nothing left."""
+    late, running alone at the end while the other worker had nothing left. Among them, those given the longest
+    timeout (the lifecycle's and the UI's, 30 min) first: in collection order the lifecycle started 30 minutes in."""
     heavy = {item.path for item in items if item.get_closest_marker("integration") or item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in heavy)
+    longest: dict[Path, float] = {}
+    for item in items:
+        marker = item.get_closest_marker("timeout")
+        limit = float(marker.args[0]) if marker is not None and marker.args else 0.0
+        longest[item.path] = max(longest.get(item.path, 0.0), limit)
+    items.sort(key=lambda item: (item.path not in heavy, -longest[item.path]))  # stable: a file's tests stay together
 
 
 @pytest.fixture(scope="session")
