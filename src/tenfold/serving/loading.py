@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,9 +57,6 @@ class ServedModel:
     loaded: LoadedModel
     features: OnlineFeatures
     device: torch.device
-    # The contract the online types were taken from, and those types (see ``_online_types``).
-    _types_of: tuple[Any, dict[str, pa.DataType]] | None = dataclasses.field(default=None, init=False, repr=False,
-                                                                               compare=False)
     # The last assembled schema that needed no cast: the next table of that schema is checked by one comparison.
     _passed: pa.Schema | None = dataclasses.field(default=None, init=False, repr=False, compare=False)
 
@@ -138,7 +136,7 @@ class ServedModel:
         types_fix = ("fix it to return each column with the contract's type (contract.column_types), as the feature "
                      "job writes it (docs/workloads.md)")
         casts = 0
-        for column, wanted in self._online_types().items():
+        for column, wanted in self._online_types.items():
             index = schema.get_field_index(column)
             if index < 0:  # present, so more than once
                 raise AssemblyError(f"{where} returned the column {column!r} more than once: {fix}")
@@ -159,14 +157,12 @@ class ServedModel:
             self._passed = schema
         return table
 
+    @functools.cached_property
     def _online_types(self) -> dict[str, pa.DataType]:
-        """The contract's Arrow type of each online column (computed once per contract)."""
+        """The contract's Arrow type of each online column (its model's contract never changes: computed once)."""
         contract = self.loaded.workload.contract
-        cached = self._types_of
-        if cached is None or cached[0] is not contract:
-            schema = contract.arrow_schema()
-            cached = self._types_of = (contract, {c: schema.field(c).type for c in contract.online_columns})
-        return cached[1]
+        schema = contract.arrow_schema()
+        return {c: schema.field(c).type for c in contract.online_columns}
 
 
 def _casts_exactly(got: pa.DataType, wanted: pa.DataType) -> bool:
