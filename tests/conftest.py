@@ -184,6 +184,30 @@ def own_topology(make_settings: SettingsFactory, local_settings: Settings) -> Se
 
 
 @pytest.fixture
+def own_requests(make_settings: SettingsFactory, local_settings: Settings) -> Callable[..., Settings]:
+    """``own_requests(attempts, **inference)`` -> settings whose inference requests topic, its workers' subscription and
+    its dead-letter topic and subscription are of this test's own, provisioned: a 10 s ack deadline, ``attempts``
+    deliveries before a dead letter, retried after 0 to 1 s, and a wait that polls every 0.2 s for up to 240 s
+    (``inference`` sets more of settings.inference)."""
+    from tenfold.config.settings import SubscriptionSettings
+    from tenfold.messaging import ensure_topology
+
+    def make(attempts: int, **inference: Any) -> Settings:
+        tag = f"r{uuid.uuid4().hex[:8]}"
+        topic = f"{tag}-requests"
+        sub = SubscriptionSettings(name=f"{tag}-requests-workers", topic=topic, dead_letter_topic=f"{tag}-requests-dl",
+                                   dead_letter_subscription=f"{tag}-requests-dl-sub", ack_deadline_s=10,
+                                   max_delivery_attempts=attempts, min_retry_backoff_s=0, max_retry_backoff_s=1)
+        messaging = local_settings.messaging.model_copy(update={"requests_topic": topic, "subscriptions": {"requests": sub}})
+        settings = make_settings(on=local_settings, messaging=messaging, inference={
+            "lease_extension_s": 10, "poll_interval_s": 0.2, "wait_timeout_s": 240, **inference})
+        ensure_topology(settings)
+        return settings
+
+    return make
+
+
+@pytest.fixture
 def settings(make_settings: SettingsFactory) -> Settings:
     """Local settings on this test's own temp home, no services."""
     return make_settings()

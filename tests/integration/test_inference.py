@@ -29,13 +29,11 @@ import pytest
 from pydantic import SecretStr
 
 from tenfold.config import Settings
-from tenfold.config.settings import SubscriptionSettings
 from tenfold.data.lake import Lake, Partition
 from tenfold.inference.requests import REQUEST_ID, ROWS, RUN, request_id
 from tenfold.inference.runs import expected_ids, partition_rows, publish_requests, wait_accounted
 from tenfold.inference.store import RunStore
 from tenfold.inference.worker import Worker
-from tenfold.messaging import ensure_topology
 from tenfold.messaging.clients import publisher_client, topic_path
 
 pytestmark = pytest.mark.integration
@@ -80,23 +78,14 @@ class Setup:
 
 
 @pytest.fixture
-def make_setup(make_settings: Callable[..., Settings], local_settings: Settings, tmp_path: Path) -> Callable[..., Setup]:
+def make_setup(own_requests: Callable[..., Settings], tmp_path: Path) -> Callable[..., Setup]:
     """Settings of the test's own (see the module docstring) with ``rows`` features rows published."""
     from tenfold.workloads.flights.synthetic import publish_synthetic_features
 
     def make(rows: int, **inference: Any) -> Setup:
-        uid = uuid.uuid4().hex[:8]
-        topic = f"t{uid}-requests"
-        sub = SubscriptionSettings(name=f"t{uid}-requests-workers", topic=topic, dead_letter_topic=f"t{uid}-requests-dl",
-                                   dead_letter_subscription=f"t{uid}-requests-dl-sub", ack_deadline_s=10,
-                                   max_delivery_attempts=MAX_ATTEMPTS, min_retry_backoff_s=0, max_retry_backoff_s=1)
-        messaging = local_settings.messaging.model_copy(update={"requests_topic": topic, "subscriptions": {"requests": sub}})
-        settings = make_settings(on=local_settings, messaging=messaging,
-                                 inference={"lease_extension_s": 10, "poll_interval_s": 0.2, "wait_timeout_s": 240,
-                                            **inference})
-        ensure_topology(settings)
+        settings = own_requests(MAX_ATTEMPTS, **inference)
         publish_synthetic_features(Lake.from_settings(settings), [PART], rows, seed=3)
-        version = register_small_model(settings, tmp_path / f"model-{uid}")
+        version = register_small_model(settings, tmp_path / f"model-{uuid.uuid4().hex[:8]}")
         return Setup(settings, version, rows)
 
     return make

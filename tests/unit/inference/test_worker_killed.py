@@ -16,8 +16,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from tenfold.config import Settings
-from tenfold.config.settings import SubscriptionSettings
 from tenfold.inference.faults import FAULT_ENV, STUB_SCORING_ENV
 from tenfold.inference.runs import expected_ids, publish_requests, wait_accounted
 from tenfold.inference.store import STARTED, RunStore
@@ -25,28 +23,12 @@ from tenfold.inference.store import STARTED, RunStore
 ATTEMPTS = 5  # the fewest Pub/Sub allows
 
 
-def _settings(make_settings: Any, local_settings: Settings) -> Settings:
-    from tenfold.messaging import ensure_topology
-
-    uid = uuid.uuid4().hex[:8]
-    topic = f"k{uid}-requests"
-    sub = SubscriptionSettings(name=f"k{uid}-requests-workers", topic=topic, dead_letter_topic=f"k{uid}-requests-dl",
-                               dead_letter_subscription=f"k{uid}-requests-dl-sub", ack_deadline_s=10,
-                               max_delivery_attempts=ATTEMPTS, min_retry_backoff_s=0, max_retry_backoff_s=1)
-    messaging = local_settings.messaging.model_copy(update={"requests_topic": topic, "subscriptions": {"requests": sub}})
-    # One message in hand a worker, so the request scored is never held by a worker that the other one kills.
-    settings = make_settings(on=local_settings, messaging=messaging, inference={
-        "lease_extension_s": 10, "poll_interval_s": 0.2, "wait_timeout_s": 240, "max_messages": 1,
-        "handler_threads": 1, "rows_per_message": 2})
-    ensure_topology(settings)
-    return settings
-
-
 def test_a_request_that_kills_its_worker_on_every_delivery_is_dead_lettered_naming_the_crash(
-        make_settings: Any, local_settings: Settings, tmp_path: Any) -> None:
+        own_requests: Any, tmp_path: Any) -> None:
     from tenfold.inference.pool import WorkerPool
 
-    settings = _settings(make_settings, local_settings)
+    # One message in hand a worker, so the request scored is never held by a worker that the other one kills.
+    settings = own_requests(ATTEMPTS, max_messages=1, handler_threads=1, rows_per_message=2)
     run = f"oom-{uuid.uuid4().hex[:6]}"
     good, poison = expected_ids(run, "2013-03", 2)
     trail = tmp_path / "kills.jsonl"
